@@ -28,8 +28,9 @@ class StageCheckpointer:
         self.directory = Path(directory).absolute()
         opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                             enable_async_checkpointing=False)
-        self._mgr = ocp.CheckpointManager(self.directory, options=opts,
-                                          item_names=("state", "data", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                    "data": grain.checkpoint.CheckpointHandler()}
+        self._mgr = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
@@ -68,10 +69,12 @@ class StageCheckpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         target = {"params": abstract_with_shardings(abstract_params, shardings)}
-        out = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
-                lambda s: ocp.ArrayRestoreArgs(sharding=s), {"params": shardings}), partial_restore=True)))
-        return out["state"]["params"]
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), {"params": shardings})
+        # Read the 'state' item directly with a PyTree checkpointer: a partial restore of only its params.
+        with ocp.PyTreeCheckpointer() as ckptr:
+            out = ckptr.restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True))
+        return out["params"]
 
     def stored_param_shapes(self, step: int | None = None) -> dict[str, tuple]:
         """``{path: shape}`` of the parameters stored at ``step``, read from checkpoint metadata only."""
