@@ -8,12 +8,14 @@ it when complete, so an interrupted save never leaves a half checkpoint that a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -133,3 +135,135 @@ def vocab_permutation(src: FieldVocab, dst: FieldVocab, rows: int) -> np.ndarray
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------------------------------------ load a run
+
+RUN_STAGES = ("ae", "dyn")
+
+
+def _tuples(x: Any) -> Any:
+    """JSON lists back to tuples, recursively (the config's sequences are tuples; JSON turned them into lists)."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def load_config(workdir: str | Path):
+    """The resolved ``ml_collections.ConfigDict`` saved by ``tokpre.main`` in ``<workdir>/config.json``."""
+    import ml_collections
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {Path(workdir).absolute()}: expected a workdir written by "
+                                f"`python -m tokpre.main --workdir=...` (it saves the resolved config there)")
+    return ml_collections.ConfigDict(_tuples(read_json(path)))
+
+
+@dataclasses.dataclass
+class Run:
+    """A restored stage of a run: what a notebook needs to call the model.
+
+    ``params`` is the model's parameter tree (AE: ``{'encoder','decoder'}``; dyn: ``{'tokeniser','processor'}``).
+    ``compression`` is the dyn stage's ``(t, s)``, or the first compression the AE trained with; ``compressions``
+    lists every compression the stage used. ``dataset`` / ``field_names`` / ``field_ids`` / ``periodic`` describe
+    the stage's (first) dataset; they are None when its files cannot be read from ``config.data.well_base_path``.
+    """
+
+    workdir: Path
+    config: Any
+    stage: str
+    step: int
+    model: Any
+    params: Any
+    mesh: Any
+    compression: tuple[int, int]
+    compressions: tuple[tuple[int, int], ...]
+    dataset: str
+    field_names: tuple[str, ...] | None = None
+    field_ids: np.ndarray | None = None      # (C,) int32 ids in the global field vocabulary
+    periodic: tuple[bool, ...] | None = None
+
+    def apply(self, x, *, compression: tuple[int, int] | None = None, field_ids=None,
+              periodic: tuple[bool, ...] | None = None):
+        """AE: reconstruction of ``x (B, T, *N, C)``; dyn: the next ``t`` frames ``(B, t, *N, C)`` after the window
+        ``x (B, n_steps_input, *N, C)``. Inputs are normalised fields (as the pipeline yields them)."""
+        ids = self.field_ids if field_ids is None else field_ids
+        per = self.periodic if periodic is None else tuple(periodic)
+        if ids is None or per is None:
+            raise ValueError(f"Run.apply: dataset {self.dataset!r} could not be read under "
+                             f"{self.config.data.well_base_path}; pass field_ids and periodic explicitly")
+        comp = self.compression if compression is None else tuple(compression)
+        return self.model.apply({"params": self.params}, x, jnp.asarray(ids, jnp.int32), periodic=per,
+                                compression=comp)
+
+
+def load_run(workdir: str | Path, stage: str | None = None, step: int | None = None, *, mesh: Any = None) -> Run:
+    """Restores the parameters of one stage of a run from ``workdir`` alone (its ``config.json`` and checkpoints).
+
+    ``stage``: 'ae' or 'dyn' (default: 'dyn' when the workdir has dyn checkpoints, else 'ae'); ``step``: a
+    checkpoint step (default: the latest). Only ``state.params`` is read (no optimiser state), into a 1-device mesh
+    unless ``mesh`` is given. Raises FileNotFoundError naming the missing workdir, config or checkpoint.
+    """
+    import flax.linen as nn
+    from tokpre import sharding as shd
+    from tokpre.train import ae, common, dyn
+
+    workdir = Path(workdir).absolute()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"load_run: workdir {workdir} does not exist")
+    cfg = load_config(workdir)
+
+    def has_ckpt(s: str) -> bool:
+        d = workdir / s / "checkpoints"
+        return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+
+    if stage is None:
+        stage = "dyn" if has_ckpt("dyn") else "ae"
+    if stage not in RUN_STAGES:
+        raise ValueError(f"load_run: stage must be one of {RUN_STAGES}, found {stage!r}")
+    ckpt_dir = workdir / stage / "checkpoints"
+    if not has_ckpt(stage):
+        raise FileNotFoundError(f"load_run: no {stage} checkpoint in {ckpt_dir} (run the '{stage}' stage of "
+                                f"`python -m tokpre.main --workdir={workdir}` first)")
+    ckpt = StageCheckpointer(ckpt_dir)
+    try:
+        steps = ckpt.all_steps()
+        step = ckpt.latest_step() if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"load_run: no checkpoint for step {step} in {ckpt_dir}; found steps {steps}")
+        if mesh is None:
+            mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+        if stage == "ae":
+            model = common.tokeniser_from_config(cfg)
+            init = ae.init_fn(model, cfg)
+            comps = tuple(ae.compressions_of(cfg))
+            dataset = str(cfg.ae.datasets[0])
+        else:
+            model = dyn.emulator_from_config(cfg)
+            comp = dyn.compression_of(cfg)
+            init = dyn.init_fn(model, cfg, comp)
+            comps = (comp,)
+            dataset = str(cfg.dyn.dataset)
+        boxed = jax.eval_shape(init, jax.random.key(0))       # shapes only: nothing is initialised
+        shardings = shd.params_shardings(boxed, mesh, shd.get_rules(cfg.mesh.rules))
+        abstract = nn.unbox(boxed)
+        check_tree_compatible(ckpt.stored_param_shapes(step), path_shapes(abstract),
+                              what=f"checkpoint {ckpt_dir / str(step)}")
+        params = ckpt.restore_params(step, abstract, shardings)
+    finally:
+        ckpt.close()
+
+    run = Run(workdir=workdir, config=cfg, stage=stage, step=step, model=model, params=params, mesh=mesh,
+              compression=comps[0], compressions=comps, dataset=dataset)
+    try:
+        from tokpre.data import well
+        from tokpre.data.fields import FieldVocab
+        sp = well.WellSplit(cfg.data.well_base_path, dataset, "test")
+        run.field_names = tuple(sp.field_names)
+        run.field_ids = FieldVocab().ids(sp.field_names, int(cfg.model.tokeniser.vocab_size))
+        run.periodic = common.periodic_of(sp.boundary)
+    except (OSError, ValueError):
+        pass   # data not reachable from here: the parameters are still usable with explicit ids / periodic
+    return run

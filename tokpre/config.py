@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
         n_frames=2,                 # frames per autoencoded window (a multiple of every temporal factor)
         steps=1000,
         compressions=(),            # (t, s) pairs sampled per step; empty: every allowed pair
+        eval_compressions=(),       # (t, s) pairs in the final reconstruction table; empty: every allowed pair
         loss="mse",                 # 'mse' | 'vrmse' on normalised fields
         jitter=True,                # patch jittering on periodic axes
         optimizer=optimizer_config("soap", 2e-3, 1000),

@@ -219,8 +219,9 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
                      total_steps=steps, ckpt=ckpt, data_iter=it, meta=meta, log_every=int(cfg.ae.log_every),
                      ckpt_every=int(cfg.ae.ckpt_every))
 
-    results = {ds: evaluate_reconstruction(model, state.params, cfg, mesh, ds,
-                                           max_batches=int(cfg.ae.eval_batches)) for ds in datasets}
+    eval_comps = [tuple(int(v) for v in c) for c in cfg.ae.eval_compressions] or None
+    results = {ds: evaluate_reconstruction(model, state.params, cfg, mesh, ds, max_batches=int(cfg.ae.eval_batches),
+                                           compressions=eval_comps) for ds in datasets}
     common.say(format_table(results))
     if jax.process_index() == 0:
         report.write_text(json.dumps(results, indent=2))

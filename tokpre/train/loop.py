@@ -76,8 +76,9 @@ def _say(msg: str) -> None:
         print(msg, flush=True)
 
 
-# Called after every completed step with the step number; tests replace it to simulate an interruption.
-def after_step_hook(step: int) -> None:  # noqa: D401
+# Called after every completed step with the stage name and step number; tests replace it to simulate an
+# interruption (e.g. a pre-empted job) at a chosen step.
+def after_step_hook(name: str, step: int) -> None:
     return None
 
 
@@ -131,7 +132,7 @@ def run(*, name: str, stage_dir: Path, step_fn: Callable[[TrainState, dict], tup
                 check_finite(state, step)
                 ckpt.save(step, state, data_iter=data_iter, meta=meta)
                 last_saved = step
-            after_step_hook(step)
+            after_step_hook(name, step)
     finally:
         writer.close()
     return state

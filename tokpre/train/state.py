@@ -94,7 +94,7 @@ def make_train_step(loss_fn: Callable[..., tuple[jax.Array, dict]], tx: optax.Gr
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(tr)
         updates, new_opt = tx.update(grads, state.opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = TrainState(
