@@ -91,5 +91,5 @@ def sync_schedule(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for stage in ("ae", "dyn"):
         s = c[stage]
         s.optimizer.total_steps = int(s.steps)
-        s.optimizer.warmup_steps = min(int(s.optimizer.warmup_steps), max(1, int(s.steps) // 5))
+        s.optimizer.warmup_steps = min(int(s.optimizer.warmup_steps), int(s.steps) // 5)
     return c
