@@ -4,11 +4,15 @@ A stage's checkpoints live in ``<workdir>/<stage>/checkpoints/<step>/`` with thr
 ``state`` (the sharded ``TrainState``), ``data`` (the Grain iterator, one JSON per process) and ``meta``
 (the field vocabulary and the compression settings). Orbax writes each step under a temporary name and renames
 it when complete, so an interrupted save never leaves a half checkpoint that a resume would pick up.
+
+``load_run(workdir)`` restores one stage of a finished (or running) run from its workdir alone, for notebooks and
+``tokpre.analyse``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -194,9 +198,15 @@ class Run:
         if ids is None or per is None:
             raise ValueError(f"Run.apply: dataset {self.dataset!r} could not be read under "
                              f"{self.config.data.well_base_path}; pass field_ids and periodic explicitly")
-        comp = self.compression if compression is None else tuple(compression)
-        return self.model.apply({"params": self.params}, x, jnp.asarray(ids, jnp.int32), periodic=per,
-                                compression=comp)
+        comp = self.compression if compression is None else tuple(int(v) for v in compression)
+        return _jitted_apply(self.model, per, comp)(self.params, jnp.asarray(x), jnp.asarray(ids, jnp.int32))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_apply(model, periodic: tuple[bool, ...], compression: tuple[int, int]):
+    """``model.apply`` jitted once per static (model, periodicity, compression): eager linen calls are slow."""
+    return jax.jit(lambda params, x, ids: model.apply({"params": params}, x, ids, periodic=periodic,
+                                                      compression=compression))
 
 
 def load_run(workdir: str | Path, stage: str | None = None, step: int | None = None, *, mesh: Any = None) -> Run:
@@ -259,7 +269,6 @@ def load_run(workdir: str | Path, stage: str | None = None, step: int | None = N
               compression=comps[0], compressions=comps, dataset=dataset)
     try:
         from tokpre.data import well
-        from tokpre.data.fields import FieldVocab
         sp = well.WellSplit(cfg.data.well_base_path, dataset, "test")
         run.field_names = tuple(sp.field_names)
         run.field_ids = FieldVocab().ids(sp.field_names, int(cfg.model.tokeniser.vocab_size))
