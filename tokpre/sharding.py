@@ -48,30 +48,55 @@ RULES: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 
 
+def _int_setting(cfg: Mapping[str, Any], key: str, env: str) -> int:
+    """``cfg[key]`` when set (>= 0), else the environment variable ``env``; a clear error when neither is."""
+    v = cfg.get(key)
+    if v is not None and int(v) >= 0 and not (key == "num_processes" and int(v) == 0):
+        return int(v)
+    if env in os.environ:
+        return int(os.environ[env])
+    raise ValueError(f"multi-host run with a coordinator address needs config key distributed.{key} or the "
+                     f"environment variable {env}; found neither")
+
+
+def _platforms() -> str:
+    return str(jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")).lower()
+
+
 def maybe_initialize_distributed(cfg: Mapping[str, Any] | None = None) -> None:
     """Calls ``jax.distributed.initialize`` when the config or the environment asks for it.
 
     - ``cfg.coordinator_address`` (with ``num_processes``, ``process_id``): an explicit cluster;
     - ``TOKPRE_COORDINATOR`` / ``TOKPRE_NUM_PROCESSES`` / ``TOKPRE_PROCESS_ID`` environment variables (the local
-      multi-process launcher sets them);
+      multi-process launcher sets them; ``TOKPRE_LOCAL_DEVICE_IDS`` optionally pins this process's devices);
     - ``cfg.auto`` or a SLURM/TPU-pod environment: ``jax.distributed.initialize()`` detects the cluster itself.
-    Safe to call twice.
+
+    On CPU (``JAX_PLATFORMS=cpu``) cross-process collectives need an implementation: JAX 0.10 defaults to gloo,
+    and this makes sure it is not switched off. Must run before any JAX computation. Safe to call twice.
     """
     cfg = dict(cfg or {})
     if jax.distributed.is_initialized():
         return
     addr = cfg.get("coordinator_address") or os.environ.get("TOKPRE_COORDINATOR")
+    auto = bool(cfg.get("auto")) \
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if not addr and not auto:
+        return
+    if "cpu" in _platforms().split(",") and jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if addr:
-        nproc = int(cfg.get("num_processes") or os.environ["TOKPRE_NUM_PROCESSES"])
-        pid = int(cfg.get("process_id") if cfg.get("process_id", -1) not in (None, -1)
-                  else os.environ["TOKPRE_PROCESS_ID"])
+        nproc = _int_setting(cfg, "num_processes", "TOKPRE_NUM_PROCESSES")
+        pid = _int_setting(cfg, "process_id", "TOKPRE_PROCESS_ID")
+        if not 0 <= pid < nproc:
+            raise ValueError(f"process id {pid} is outside [0, {nproc}) (distributed.process_id / "
+                             f"TOKPRE_PROCESS_ID vs distributed.num_processes / TOKPRE_NUM_PROCESSES)")
         kw = {}
         local = os.environ.get("TOKPRE_LOCAL_DEVICE_IDS")
         if local:
             kw["local_device_ids"] = [int(i) for i in local.split(",")]
         jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid, **kw)
-    elif cfg.get("auto") or "SLURM_NTASKS" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
-            or "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    else:
         jax.distributed.initialize()
 
 
@@ -118,6 +143,9 @@ def _mesh_axis_size(mesh: Mesh, axis: Any) -> int:
     return mesh.shape[axis]
 
 
+_REPORTED: set[tuple] = set()   # (logical name, size, mesh axis) already logged as replicated
+
+
 def logical_to_sharding(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
                         rules: Sequence[tuple[str, Any]]) -> NamedSharding:
     """NamedSharding for one array from its logical axis names; non-dividing axes are replicated."""
@@ -131,6 +159,10 @@ def logical_to_sharding(logical: Sequence[str | None] | None, shape: Sequence[in
         flat = tuple(axis) if isinstance(axis, (tuple, list)) else ((axis,) if axis else ())
         if axis is None or size % _mesh_axis_size(mesh, axis) or used & set(flat) \
                 or _mesh_axis_size(mesh, axis) == 1:
+            if axis is not None and size % _mesh_axis_size(mesh, axis) and (name, size, axis) not in _REPORTED:
+                _REPORTED.add((name, size, axis))
+                logging.info("logical axis %r of size %d does not divide mesh axis %r (size %d): replicated",
+                             name, size, axis, _mesh_axis_size(mesh, axis))
             spec.append(None)
         else:
             spec.append(axis)
@@ -168,27 +200,34 @@ def opt_state_shardings(abstract_opt_state: Any, params: Any, param_shardings: A
                         rules: Sequence[tuple[str, Any]]) -> Any:
     """Shardings for optimiser state.
 
-    Leaves that mirror a parameter (Adam moments and the like) take that parameter's sharding; any other leaf
-    (e.g. SOAP's per-axis preconditioner bases) is sharded along its largest axis divisible by the ``fsdp``
-    size when FSDP is in the rules, and replicated otherwise. Scalars are replicated.
+    A leaf whose tree path ends with a parameter's path and has that parameter's shape (Adam's and SOAP's
+    moments ``...mu['encoder']['down0']['kernel']``) takes that parameter's sharding. Any other leaf (SOAP's
+    per-axis statistics and bases ``...stats[<param path>][i]`` of shape (d_i, d_i)) is sharded along its
+    largest axis divisible by the ``fsdp`` size when the rules use ``fsdp``, and replicated otherwise; scalars
+    (step counts) are replicated. ``None`` entries (SOAP's identity axes) stay ``None``.
     """
     fsdp_on = any(v == "fsdp" or (isinstance(v, (tuple, list)) and "fsdp" in v) for _, v in rules)
-    by_shape: dict[tuple, list] = {}
-    for leaf, shd in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings)):
-        by_shape.setdefault(tuple(leaf.shape), []).append(shd)
+    by_path: dict[str, tuple[tuple, NamedSharding]] = {}
+    p_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    s_leaves = jax.tree.leaves(param_shardings)
+    if len(p_leaves) != len(s_leaves):
+        raise ValueError(f"opt_state_shardings: {len(p_leaves)} parameters but {len(s_leaves)} shardings")
+    for (path, leaf), sh in zip(p_leaves, s_leaves):
+        by_path[jax.tree_util.keystr(path)] = (tuple(leaf.shape), sh)
 
-    def one(x):
+    def one(path, x):
         shape = tuple(getattr(x, "shape", ()))
         if not shape:
             return NamedSharding(mesh, P())
-        cands = by_shape.get(shape)
-        if cands and all(c.spec == cands[0].spec for c in cands):
-            return cands[0]
+        for k in range(len(path)):          # longest suffix first: the parameter this leaf mirrors
+            hit = by_path.get(jax.tree_util.keystr(path[k:]))
+            if hit is not None and hit[0] == shape:
+                return hit[1]
         if fsdp_on:
             return NamedSharding(mesh, _largest_divisible_axis_spec(shape, mesh, "fsdp"))
         return NamedSharding(mesh, P())
 
-    return jax.tree.map(one, abstract_opt_state)
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
