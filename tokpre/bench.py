@@ -1,7 +1,11 @@
 """Throughput benchmarks: ``python -m tokpre.bench <subcommand> [flags]``.
 
-Subcommands are registered in ``SUBCOMMANDS`` (name -> (add_arguments(parser), run(args) -> int)); add ``ae``,
-``dyn``, ``memory`` by writing the two functions and adding one entry.
+Subcommands are registered in ``SUBCOMMANDS`` (name -> (add_arguments(parser), run(args) -> int)).
+
+``ae``: stage-1 step windows/s at every trained compression vs the Grain pipeline's windows/s, as a ratio
+(target >= 5x). ``dyn``: frozen-tokeniser stage-2 steps/s with the latent cache vs without (target >= 3x).
+``flops``: parameter counts and per-step FLOPs of both stages from XLA's cost analysis, e.g.
+``python -m tokpre.bench flops --config=configs/ae_then_dyn.py:paper --resolution=512x512``.
 
 ``memory``: per-device memory of a ~100M-parameter processor train step compiled abstractly (nothing allocated)
 on 8 simulated CPU devices, data parallel vs FSDP, and their ratio (target: FSDP's parameter + optimizer bytes per
@@ -18,6 +22,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+
+from tokpre import bench_train
 
 DEFAULT_BASE_PATH = os.path.join("data", "datasets")
 DEFAULT_DATASET = "euler_multi_quadrants_periodicBC"
@@ -211,6 +217,9 @@ def run_memory(args: argparse.Namespace) -> int:
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "data": (_add_data_args, run_data),
     "memory": (_add_memory_args, run_memory),
+    "ae": (bench_train.add_args, bench_train.run_ae),
+    "dyn": (bench_train.add_args, bench_train.run_dyn),
+    "flops": (bench_train.add_flops_args, bench_train.run_flops),
 }
 
 
