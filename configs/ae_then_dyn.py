@@ -25,14 +25,15 @@ def get_config(arg: str = ""):
     variant = arg or "small"
     c = base_config()
     if variant == "small":
-        c.data.batch_size = 16
-        c.model.tokeniser.widths = (32, 64)
-        c.model.tokeniser.latent_channels = 16
-        c.model.tokeniser.depth = 1
-        c.model.processor.update(d_model=96, num_layers=3, num_heads=4, mlp_ratio=2)
-        c.ae.steps = 1200
-        c.ae.optimizer = optimizer_config("soap", 2e-3, c.ae.steps)
-        c.dyn.steps = 600
+        c.data.batch_size = 8
+        c.data.log_fields = ("density", "pressure", "energy")
+        c.model.tokeniser.update(widths=(32, 64), latent_channels=32, depth=0)
+        c.model.processor.update(d_model=64, num_layers=3, num_heads=4, mlp_ratio=2)
+        c.ae.steps = 3000
+        c.ae.log_every = 100
+        c.ae.ckpt_every = 1000
+        c.ae.optimizer = optimizer_config("soap", 3e-3, c.ae.steps)
+        c.dyn.steps = 500
         c.dyn.optimizer = optimizer_config("adamw", 5e-4, c.dyn.steps)
         c.dyn.rollout_max_steps = 40
     elif variant == "paper":

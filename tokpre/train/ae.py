@@ -93,7 +93,8 @@ def evaluate_reconstruction(model, params, cfg, mesh, dataset: str, *, split: st
     base = cfg.data.well_base_path
     nf = int(cfg.ae.n_frames)
     local_bs = common.local_batch_size(int(cfg.data.batch_size), mesh)
-    n_total = well.WellSplit(base, dataset, split).num_windows(nf, 0, 1)
+    sp = well.WellSplit(base, dataset, split)
+    n_total = sp.num_windows(nf, 0, 1)
     n_batches = common.eval_batch_count(n_total, local_bs, max_batches)
     if n_batches == 0:
         raise ValueError(f"{dataset}/{split}: {n_total} windows of {nf} frames cannot fill one batch of "
@@ -103,8 +104,8 @@ def evaluate_reconstruction(model, params, cfg, mesh, dataset: str, *, split: st
                                          log_fields=tuple(cfg.data.log_fields),
                                          vocab_size=int(cfg.model.tokeniser.vocab_size),
                                          shard_index=jax.process_index(), shard_count=jax.process_count())
-    norm = pipeline.get_normaliser(base, dataset, tuple(cfg.data.log_fields))
-    names = well.WellSplit(base, dataset, split).field_names
+    norm = common.normaliser(str(base), dataset, tuple(cfg.data.log_fields))
+    names = sp.field_names
     out = {}
     for comp in (compressions or common.all_compressions(cfg)):
         if nf % comp[0]:
@@ -118,7 +119,7 @@ def evaluate_reconstruction(model, params, cfg, mesh, dataset: str, *, split: st
             sums = v if sums is None else sums + v
             count += 1
         per_field = sums / count
-        ratio = compression_ratio((1, nf, *well.WellSplit(base, dataset, split).resolution, len(names)), comp,
+        ratio = compression_ratio((1, nf, *sp.resolution, len(names)), comp,
                                   int(cfg.model.tokeniser.latent_channels))
         out[f"{comp[0]},{comp[1]}"] = {"t": comp[0], "s": comp[1], "ratio": ratio,
                                        "fields": dict(zip(names, map(float, per_field))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,13 @@ def eval_batch_count(n_windows_total: int, local_bs: int, requested: int) -> int
     per_proc = n_windows_total // jax.process_count()
     n = per_proc // local_bs
     return min(n, requested) if requested > 0 else n
+
+
+@functools.lru_cache(maxsize=32)
+def normaliser(base_path: str, dataset: str, log_fields: tuple[str, ...]):
+    """``pipeline.get_normaliser``, memoised so the jitted eval functions keyed on it compile once per run."""
+    from tokpre.data import pipeline
+    return pipeline.get_normaliser(base_path, dataset, log_fields)
 
 
 def vocab_for(meta: dict | None = None) -> FieldVocab:
