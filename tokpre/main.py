@@ -8,8 +8,6 @@ Rerunning the same command resumes every stage from its last checkpoint; finishe
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import jax

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 
 import jax
@@ -19,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokpre import sharding as shd
-from tokpre.checkpoint import StageCheckpointer
 from tokpre.data import pipeline, well
 from tokpre.eval import metrics
 from tokpre.models.tokeniser import compression_ratio, jitter_roll, unroll
@@ -161,16 +159,13 @@ def build(cfg, mesh):
 
 
 def run_stage(cfg, workdir: Path, mesh) -> None:
-    stage_dir = Path(workdir) / STAGE
-    report = stage_dir / "reconstruction.json"
     datasets = list(cfg.ae.datasets)
     common.ensure_datasets(cfg, datasets)
     steps = int(cfg.ae.steps)
-    ckpt = StageCheckpointer(stage_dir / "checkpoints")
-    latest = ckpt.latest_step()
-    if latest is not None and latest >= steps and report.exists():
-        common.say(f"[ae] finished at step {latest}; skipping (delete {stage_dir} to retrain)")
+    opened = common.open_stage(STAGE, workdir, steps, "reconstruction.json")
+    if opened is None:
         return
+    stage_dir, report, ckpt, latest = opened
 
     comps = compressions_of(cfg)
     model, tx, state, state_sh = build(cfg, mesh)

@@ -126,6 +126,24 @@ def vocab_for(meta: dict | None = None) -> FieldVocab:
     return FieldVocab()
 
 
+def open_stage(name: str, workdir: Path, steps: int, report_name: str):
+    """``(stage_dir, report_path, checkpointer, latest_step)``, or None when the stage already finished.
+
+    A stage is finished when its last checkpoint reached ``steps`` and its end-of-stage report exists; it is
+    then skipped, so rerunning a command resumes where it stopped.
+    """
+    from tokpre.checkpoint import StageCheckpointer
+    stage_dir = Path(workdir) / name
+    report = stage_dir / report_name
+    ckpt = StageCheckpointer(stage_dir / "checkpoints")
+    latest = ckpt.latest_step()
+    if latest is not None and latest >= steps and report.exists():
+        say(f"[{name}] finished at step {latest}; skipping (delete {stage_dir} to retrain)")
+        ckpt.close()
+        return None
+    return stage_dir, report, ckpt, latest
+
+
 def say(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)

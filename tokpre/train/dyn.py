@@ -218,7 +218,10 @@ def latent_iterator(z_in, z_out, local_bs: int, seed: int):
 # ------------------------------------------------------------------------------------------------ evaluation
 
 def one_step_eval(model, params, cfg, mesh, comp, dataset: str, *, split="test") -> dict:
-    """Mean one-step VRMSE (physical units) over up to ``dyn.eval_batches`` batches of ``split``."""
+    """Mean one-step VRMSE (physical units) over up to ``dyn.eval_batches`` batches of ``split``, plus The Well's
+    three-band spectral NMSE of the one-step error (``metrics.binned_spectral_mse``, low/mid/high wavenumbers) as
+    ``nmse_band0``, ``nmse_band1``, ``nmse_band2`` (error energy / target energy per band, mean over samples, frames
+    and channels)."""
     n_in, t = int(cfg.dyn.n_steps_input), comp[0]
     base = cfg.data.well_base_path
     local_bs = common.local_batch_size(int(cfg.data.batch_size), mesh)
@@ -230,14 +233,18 @@ def one_step_eval(model, params, cfg, mesh, comp, dataset: str, *, split="test")
                                          vocab_size=int(cfg.model.tokeniser.vocab_size),
                                          shard_index=jax.process_index(), shard_count=jax.process_count())
     norm = pipeline.get_normaliser(base, dataset, tuple(cfg.data.log_fields))
-    tot, n = 0.0, 0
+    tot, bands, n = 0.0, np.zeros(3), 0
     for b in batches:
         periodic = common.periodic_of(b["boundary"])
         gb = shd.global_batch({k: b[k] for k in ("input_fields", "output_fields", "field_ids")}, mesh)
-        tot += float(jax.device_get(_one_step_vrmse(model, periodic, comp, norm)(
-            params, gb["input_fields"], gb["output_fields"], gb["field_ids"])))
+        v, bnd = jax.device_get(_one_step_vrmse(model, periodic, comp, norm)(
+            params, gb["input_fields"], gb["output_fields"], gb["field_ids"]))
+        tot += float(v)
+        bands += np.asarray(bnd, np.float64)
         n += 1
-    return {"vrmse": tot / max(n, 1)}
+    out = {"vrmse": tot / max(n, 1)}
+    out.update({f"nmse_band{i}": float(bands[i] / max(n, 1)) for i in range(3)})
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -245,7 +252,10 @@ def _one_step_vrmse(model, periodic, comp, norm):
     @jax.jit
     def f(params, x, y, ids):
         pred = model.apply({"params": params}, x, ids, periodic=periodic, compression=comp)
-        return jnp.mean(metrics.vrmse(norm.denormalise(pred), norm.denormalise(y)))
+        p, yy = norm.denormalise(pred), norm.denormalise(y)                   # (B, t, *N, C) physical units
+        spec = metrics.binned_spectral_mse(p, yy)                              # {..._nmse_per_bin_i: (B, t, C)}
+        bands = jnp.stack([jnp.mean(spec[f"spectral_error_nmse_per_bin_{i}"]) for i in range(3)])   # (3,)
+        return jnp.mean(metrics.vrmse(p, yy)), bands
     return f
 
 
@@ -296,16 +306,13 @@ def _jsonable(x):
 # ------------------------------------------------------------------------------------------------ the stage
 
 def run_stage(cfg, workdir: Path, mesh) -> None:
-    stage_dir = Path(workdir) / STAGE
-    report = stage_dir / "rollout.json"
     dataset = str(cfg.dyn.dataset)
     common.ensure_datasets(cfg, [dataset])
     steps = int(cfg.dyn.steps)
-    ckpt = StageCheckpointer(stage_dir / "checkpoints")
-    latest = ckpt.latest_step()
-    if latest is not None and latest >= steps and report.exists():
-        common.say(f"[dyn] finished at step {latest}; skipping (delete {stage_dir} to retrain)")
+    opened = common.open_stage(STAGE, workdir, steps, "rollout.json")
+    if opened is None:
         return
+    stage_dir, report, ckpt, latest = opened
 
     model, comp, mode, trainable, tx, init, state, state_sh = build(cfg, mesh)
     vocab = FieldVocab()

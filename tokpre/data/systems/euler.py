@@ -191,19 +191,22 @@ def random_quadrants(rng: np.random.Generator, n: int, resolution: int) -> np.nd
     return W.astype(np.float32)
 
 
+DEFAULTS = dict(resolution=64, n_trajectories=36, n_steps=81, dt_save=0.015, seed=0)
+
+
 def _generate(
     name: str,
     periodic: bool,
     out_dataset_dir: str | Path,
     *,
-    resolution: int,
-    n_trajectories: int,
-    n_steps: int,
-    dt_save: float,
-    seed: int,
-    splits: Sequence[float],
-    gammas: Sequence[float],
-    log: Callable[[str], None] | None,
+    resolution: int = DEFAULTS["resolution"],
+    n_trajectories: int = DEFAULTS["n_trajectories"],
+    n_steps: int = DEFAULTS["n_steps"],
+    dt_save: float = DEFAULTS["dt_save"],
+    seed: int = DEFAULTS["seed"],
+    splits: Sequence[float] = (0.8, 0.1, 0.1),
+    gammas: Sequence[float] = GAMMAS,
+    log: Callable[[str], None] | None = print,
 ) -> Path:
     n_per = _common.per_group(n_trajectories, len(gammas))
     rngs = _common.group_seeds(seed, len(gammas))
@@ -234,38 +237,20 @@ def _generate(
     return _common.finish(out_dataset_dir)
 
 
-DEFAULTS = dict(resolution=64, n_trajectories=36, n_steps=81, dt_save=0.015, seed=0)
 
 
-def generate_periodic(
-    out_dataset_dir: str | Path,
-    *,
-    resolution: int = 64,
-    n_trajectories: int = 36,
-    n_steps: int = 81,
-    dt_save: float = 0.015,
-    seed: int = 0,
-    splits: Sequence[float] = (0.8, 0.1, 0.1),
-    gammas: Sequence[float] = GAMMAS,
-    log: Callable[[str], None] | None = print,
-) -> Path:
-    """Write ``euler_multi_quadrants_periodicBC`` (one file per gamma per split) and its stats.yaml."""
-    return _generate(NAME_PERIODIC, True, out_dataset_dir, resolution=resolution, n_trajectories=n_trajectories,
-                     n_steps=n_steps, dt_save=dt_save, seed=seed, splits=splits, gammas=gammas, log=log)
+def generate_periodic(out_dataset_dir: str | Path, **kwargs) -> Path:
+    """Write ``euler_multi_quadrants_periodicBC`` (one file per gamma per split) and its stats.yaml.
+
+    Keyword arguments (defaults in ``DEFAULTS`` and ``GAMMAS``): resolution, n_trajectories, n_steps, dt_save,
+    seed, splits, gammas, log.
+    """
+    return _generate(NAME_PERIODIC, True, out_dataset_dir, **kwargs)
 
 
-def generate_open(
-    out_dataset_dir: str | Path,
-    *,
-    resolution: int = 64,
-    n_trajectories: int = 36,
-    n_steps: int = 81,
-    dt_save: float = 0.015,
-    seed: int = 0,
-    splits: Sequence[float] = (0.8, 0.1, 0.1),
-    gammas: Sequence[float] = GAMMAS,
-    log: Callable[[str], None] | None = print,
-) -> Path:
-    """Write ``euler_multi_quadrants_openBC`` (outflow ghost cells; one file per gamma per split) and stats.yaml."""
-    return _generate(NAME_OPEN, False, out_dataset_dir, resolution=resolution, n_trajectories=n_trajectories,
-                     n_steps=n_steps, dt_save=dt_save, seed=seed, splits=splits, gammas=gammas, log=log)
+def generate_open(out_dataset_dir: str | Path, **kwargs) -> Path:
+    """Write ``euler_multi_quadrants_openBC`` (outflow ghost cells; one file per gamma per split) and stats.yaml.
+
+    Same keyword arguments as ``generate_periodic``.
+    """
+    return _generate(NAME_OPEN, False, out_dataset_dir, **kwargs)
