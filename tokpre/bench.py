@@ -218,7 +218,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable
     "data": (_add_data_args, run_data),
     "memory": (_add_memory_args, run_memory),
     "ae": (bench_train.add_args, bench_train.run_ae),
-    "dyn": (bench_train.add_args, bench_train.run_dyn),
+    "dyn": (bench_train.add_dyn_args, bench_train.run_dyn),
     "flops": (bench_train.add_flops_args, bench_train.run_flops),
 }
 

@@ -97,10 +97,12 @@ def run_dyn(args: argparse.Namespace) -> int:
     from tokpre.train.state import make_train_step
     cfg = _config(args.config)
     cfg.dyn.tokeniser = "frozen"
+    if args.compression:
+        cfg.dyn.compression = tuple(int(v) for v in args.compression.split(","))
     mesh = shd.make_mesh(cfg.mesh.shape)
     model, comp, _, trainable, tx, _, state, _ = dyn.build(cfg, mesh)
     bs, n_in, t = int(cfg.data.batch_size), int(cfg.dyn.n_steps_input), comp[0]
-    res = int(cfg.data.generate.resolution) or 64
+    res = args.resolution or int(cfg.data.generate.resolution) or 64
     d = int(cfg.model.tokeniser.n_spatial_dims)
     c = 5
     rng = np.random.default_rng(0)
@@ -112,12 +114,15 @@ def run_dyn(args: argparse.Namespace) -> int:
                                          compression=comp, method="encode"))(
         state.params, jnp.concatenate([fields["input_fields"], fields["output_fields"]], 1))
     latents = {"z_in": z[:, :-1], "z_out": z[:, -1:]}
-    out = {}
+    out, flops = {}, {}
+    from tokpre.train.cost import step_flops
     for name, loss, batch in (
             ("no cache (encode + process + decode)", dyn.make_field_loss(model, periodic=periodic, comp=comp,
                                                                           kind="mse"), fields),
             ("latent cache (process only)", dyn.make_latent_loss(model), latents)):
-        step = jax.jit(make_train_step(loss, tx, trainable))
+        fn = make_train_step(loss, tx, trainable)
+        flops[name] = step_flops(fn, state, batch)
+        step = jax.jit(fn)
         holder = {"s": state}
 
         def one():
@@ -125,10 +130,18 @@ def run_dyn(args: argparse.Namespace) -> int:
             return m["loss"]
         out[name] = 1 / _time(one, args.steps)
     (n0, r0), (n1, r1) = out.items()
+    f0, f1 = flops[n0], flops[n1]
     print(f"bench dyn: frozen tokeniser, batch {bs}, {n_in} input frames at {res}^{d}, compression {comp}, "
           f"latent {tuple(latents['z_in'].shape)}")
-    print(f"  {n0}: {r0:.2f} steps/s\n  {n1}: {r1:.2f} steps/s\n  cache speed-up {r1 / r0:.1f}x (target >= 3x)")
+    print(f"  {n0}: {r0:.2f} steps/s, {f0:.3g} FLOPs/step\n  {n1}: {r1:.2f} steps/s, {f1:.3g} FLOPs/step\n"
+          f"  cache speed-up {r1 / r0:.1f}x measured (target >= 3x); FLOP ratio {f0 / f1:.1f}x")
     return 0
+
+
+def add_dyn_args(p: argparse.ArgumentParser) -> None:
+    add_args(p)
+    p.add_argument("--resolution", type=int, default=0, help="grid side (default: the config's data resolution, 64)")
+    p.add_argument("--compression", default="", help="t,s for the emulator (default: config dyn.compression)")
 
 
 def run_flops(args: argparse.Namespace) -> int:
