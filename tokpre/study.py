@@ -8,7 +8,8 @@ Each run is a ``tokpre.main`` workdir under the study dir: ``ae/<pretrain>/`` (s
 ``study.pretrain``) and ``dyn/<arm>/seed<k>/`` (stage 2). Runs go seed by seed (every arm for seed 0 first), so an
 interrupted study already has complete seeds. Rerunning skips finished runs and resumes interrupted ones from
 their last checkpoint (``tokpre.main.run``). Each run's wall time (compile, training, evaluation, rollout) is
-appended to ``<run>/study_timing.json``.
+appended to ``<run>/study_timing.json`` when the call completes (an interrupted call's time is not recorded; the
+resumed call's is).
 
 The report (``<study>/report/``: ``report.md``, ``study.json``, ``study.png``; the figure and the table are also
 copied to ``study.docs_dir`` as ``study.png`` and ``study_results.md``):
@@ -446,6 +447,7 @@ def plot(res: dict, path: Path) -> None:
                       + [f"{b}\n@{e['bands_late']['step']}" for b in BANDS])
     a2.set(ylabel="spectral NMSE (error / target energy)", yscale="log",
            title="One-step error per wavenumber band, early and late")
+    a2.legend(fontsize=7)
     a3 = ax[1, 1]
     for a, e in arms.items():
         if e.get("total_flops"):
