@@ -107,7 +107,7 @@ def test_tiny_study_end_to_end_report_and_resume(tiny_base, tmp_path, capsys):
     i = next(k for k, line in enumerate(lines) if line.startswith("| arm | tokeniser"))
     header, main_table = lines[i], lines[i + 2:lines.index("", i)]      # the table at the budget
     assert [h.strip() for h in header.strip("|").split("|")] == [
-        "arm", "tokeniser", "pretrained on", "s", "seeds", "test VRMSE @ 4 (mean ± std)", "min-max", "vs scratch",
+        "arm", "tokeniser", "pretrained on", "s", "seeds", "test VRMSE @ 4 (mean ± std)", "min-max", "reduction vs scratch",
         "rollout VRMSE (all steps)", "wall s (stage 1 + 2)", "GFLOP (stage 1 + 2)"]
     rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in main_table)}
     assert list(rows) == list(ARMS) and all(len(r) == len(rows["scratch"]) == 11 for r in rows.values())

@@ -353,7 +353,7 @@ def tables(res: dict) -> dict[str, str]:
     """Markdown tables: ``main`` (VRMSE at the budget, reduction, cost), ``rollout``, ``bands``, ``pretrain``."""
     arms = {a: e for a, e in res["arms"].items() if "final" in e}
     main = [f"| arm | tokeniser | pretrained on | s | seeds | test VRMSE @ {res['budget']} (mean ± std) | min-max | "
-            "vs scratch | rollout VRMSE (all steps) | wall s (stage 1 + 2) | GFLOP (stage 1 + 2) |",
+            "reduction vs scratch | rollout VRMSE (all steps) | wall s (stage 1 + 2) | GFLOP (stage 1 + 2) |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a, e in arms.items():
         fin = e["final"]
