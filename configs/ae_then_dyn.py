@@ -29,11 +29,11 @@ def get_config(arg: str = ""):
         c.data.log_fields = ("density", "pressure", "energy")
         c.model.tokeniser.update(widths=(32, 64), latent_channels=32, depth=0)
         c.model.processor.update(d_model=64, num_layers=3, num_heads=4, mlp_ratio=2)
-        c.ae.steps = 3000
+        c.ae.steps = 2500
         c.ae.log_every = 100
         c.ae.ckpt_every = 1000
         c.ae.optimizer = optimizer_config("soap", 3e-3, c.ae.steps)
-        c.dyn.steps = 500
+        c.dyn.steps = 250
         c.dyn.optimizer = optimizer_config("adamw", 5e-4, c.dyn.steps)
         c.dyn.rollout_max_steps = 40
     elif variant == "paper":
