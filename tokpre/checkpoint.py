@@ -127,10 +127,9 @@ def vocab_permutation(src: FieldVocab, dst: FieldVocab, rows: int) -> np.ndarray
     """
     perm = np.arange(rows)
     changed = False
-    src_names = src.names
     for i, name in enumerate(dst.names[:rows]):
         if name in src:
-            j = src.id(name) if name in src_names else i
+            j = src.id(name)
             if j < rows and j != i:
                 perm[i] = j
                 changed = True

@@ -19,6 +19,7 @@ import numpy as np
 
 from tokpre import sharding as shd
 from tokpre.data import pipeline, well
+from tokpre.data.fields import FieldVocab
 from tokpre.eval import metrics
 from tokpre.models.tokeniser import compression_ratio, jitter_roll, unroll
 from tokpre.train import common, loop
@@ -177,7 +178,7 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
         flip=bool(cfg.data.flip), roll=bool(cfg.data.roll), log_fields=tuple(cfg.data.log_fields),
         vocab_size=int(cfg.model.tokeniser.vocab_size), shard_index=jax.process_index(),
         shard_count=jax.process_count(), num_workers=int(cfg.data.num_workers))
-    meta = {"stage": STAGE, "vocab": common.vocab_for().names, "datasets": datasets,
+    meta = {"stage": STAGE, "vocab": FieldVocab().names, "datasets": datasets,
             "compressions": [list(c) for c in comps]}
     if latest is not None:
         state, _ = ckpt.restore(latest, state, state_sh, data_iter=it)

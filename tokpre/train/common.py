@@ -14,7 +14,6 @@ from jax.sharding import Mesh
 from tokpre import sharding as shd
 from tokpre.config import EMBEDDED_DATASETS
 from tokpre.data import well
-from tokpre.data.fields import FieldVocab
 
 
 def ensure_datasets(config, names: Sequence[str]) -> None:
@@ -118,12 +117,6 @@ def normaliser(base_path: str, dataset: str, log_fields: tuple[str, ...]):
     """``pipeline.get_normaliser``, memoised so the jitted eval functions keyed on it compile once per run."""
     from tokpre.data import pipeline
     return pipeline.get_normaliser(base_path, dataset, log_fields)
-
-
-def vocab_for(meta: dict | None = None) -> FieldVocab:
-    if meta and meta.get("vocab"):
-        return FieldVocab(meta["vocab"])
-    return FieldVocab()
 
 
 def open_stage(name: str, workdir: Path, steps: int, report_name: str):

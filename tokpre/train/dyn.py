@@ -198,14 +198,17 @@ def encode_windows(model, params, cfg, mesh, comp, periodic, dataset: str) -> tu
                         compression=comp, method="encode")        # (B, (Ti + t) / t, *n, L); causal in time
         return z[:, :-1], z[:, -1:]
 
+    def local(a):  # this process's rows of a batch-sharded global array
+        if jax.process_count() == 1:
+            return np.asarray(a)
+        return np.concatenate([np.asarray(s.data) for s in a.addressable_shards])
+
     zi, zo = [], []
     for b in batches:
         gb = shd.global_batch({k: b[k] for k in ("input_fields", "output_fields", "field_ids")}, mesh)
         a, c = enc(params, gb["input_fields"], gb["output_fields"], gb["field_ids"])
-        zi.append(np.concatenate([np.asarray(s.data) for s in a.addressable_shards]) if jax.process_count() > 1
-                  else np.asarray(a))
-        zo.append(np.concatenate([np.asarray(s.data) for s in c.addressable_shards]) if jax.process_count() > 1
-                  else np.asarray(c))
+        zi.append(local(a))
+        zo.append(local(c))
     return np.concatenate(zi), np.concatenate(zo)
 
 
@@ -232,7 +235,7 @@ def one_step_eval(model, params, cfg, mesh, comp, dataset: str, *, split="test")
                                          log_fields=tuple(cfg.data.log_fields),
                                          vocab_size=int(cfg.model.tokeniser.vocab_size),
                                          shard_index=jax.process_index(), shard_count=jax.process_count())
-    norm = pipeline.get_normaliser(base, dataset, tuple(cfg.data.log_fields))
+    norm = common.normaliser(str(base), dataset, tuple(cfg.data.log_fields))
     tot, bands, n = 0.0, np.zeros(3), 0
     for b in batches:
         periodic = common.periodic_of(b["boundary"])
@@ -274,7 +277,7 @@ def rollout_test(model, params, cfg, mesh, comp, dataset: str, *, split="test") 
     """Autoregressive rollout from the first ``n_steps_input`` true frames of each test trajectory."""
     base = cfg.data.well_base_path
     sp = well.WellSplit(base, dataset, split)
-    norm = pipeline.get_normaliser(base, dataset, tuple(cfg.data.log_fields))
+    norm = common.normaliser(str(base), dataset, tuple(cfg.data.log_fields))
     trajs = sp.trajectories()
     k = int(cfg.dyn.rollout_trajectories)
     if k > 0:
