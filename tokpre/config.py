@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.tokeniser = ml_collections.ConfigDict(dict(
         vocab_size=96, widths=(32, 64), latent_channels=16, depth=1,
+        decoder_depth=ml_collections.config_dict.placeholder(int),   # None: same as depth
+        res_kernel_t=ml_collections.config_dict.placeholder(int),    # residual blocks' time kernel; None: 2
         spatial_factors=(4, 8, 16), temporal_factors=(1, 2), n_spatial_dims=2))
     c.model.processor = ml_collections.ConfigDict(dict(
         d_model=128, num_layers=4, num_heads=4, mlp_ratio=4, predict_increment=True))
@@ -56,10 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
         n_frames=2,                 # frames per autoencoded window (a multiple of every temporal factor)
         steps=1000,
         compressions=(),            # (t, s) pairs sampled per step; empty: every allowed pair
+        compression_weights=(),     # relative sampling weight per entry of compressions; empty: uniform
         eval_compressions=(),       # (t, s) pairs in the final reconstruction table; empty: every allowed pair
         loss="mse",                 # 'mse' | 'vrmse' on normalised fields
         jitter=True,                # patch jittering on periodic axes
         optimizer=optimizer_config("soap", 2e-3, 1000),
+        # eval_every > 0: reconstruction VRMSE on eval_batches batches of the valid split (windows spread over
+        # the split) every eval_every steps. The final table always reads the whole test split.
         log_every=50, ckpt_every=250, eval_every=0, eval_batches=8,
     ))
 

@@ -175,13 +175,15 @@ def _compiled_flops(fn, *args) -> float:
 
 def ae_step_flops(c) -> float:
     """Expected FLOPs of one stage-1 step: mean over ``ae.datasets`` (batches alternate) and the sampled
-    compressions (uniform)."""
+    compressions (weighted by ``ae.compression_weights``)."""
     from tokpre.train import ae, cost
+    comps = ae.compressions_of(c)
+    probs = ae.compression_probabilities(c, comps)
     vals = []
     for ds in c.ae.datasets:
         res, n_ch = _dataset_shape(c, ds)
-        for comp in ae.compressions_of(c):
-            vals.append(cost.step_flops(*cost.abstract_step(c, "ae", res, n_ch, compression=comp)))
+        vals.append(sum(p * cost.step_flops(*cost.abstract_step(c, "ae", res, n_ch, compression=comp))
+                        for comp, p in zip(comps, probs)))
     return float(np.mean(vals))
 
 

@@ -107,6 +107,19 @@ def test_eval_batches_deterministic_and_normalised(base):
     capped = pipeline.make_eval_batches(base, "toy", split="valid", n_steps_input=1, n_steps_output=0,
                                         batch_size=1, max_batches=2, shard_index=0, shard_count=1)
     assert len(capped) == 2 and len(list(capped)) == 2
+    # A capped evaluation spreads its windows over the split (here windows 0 and n/2), not the first ones.
+    n_valid = split.num_windows(1, 0, 1)
+    for b, i in zip(capped, (0, n_valid // 2)):
+        w = split.read_window(*split.locate(i, 1, 0, 1), 1, 0, 1)
+        np.testing.assert_allclose(b["input_fields"][0], norm.normalise(w["input_fields"]), atol=1e-5)
+
+
+def test_spread_window_indices_cover_the_split_evenly():
+    assert pipeline.spread_window_indices(10, None, 4, 1) == list(range(10))
+    assert pipeline.spread_window_indices(10, 3, 4, 1) == list(range(10))      # 12 >= 10: everything
+    assert pipeline.spread_window_indices(480, 2, 4, 1) == [0, 60, 120, 180, 240, 300, 360, 420]
+    idx = pipeline.spread_window_indices(480, 3, 8, 2)                             # 2 processes x 3 x 8
+    assert len(idx) == 48 and len(set(idx)) == 48 and idx[0] == 0 and idx[-1] == 470
 
 
 def test_stats_normalisation_zero_mean_unit_std_on_train(base):

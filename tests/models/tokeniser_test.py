@@ -206,6 +206,38 @@ def test_depth_and_jit(setup):
                                atol=1e-5)
 
 
+def test_decoder_depth_is_separate(setup):
+    _, _, _, x, ids = setup
+    model = Tokeniser(**SMALL, depth=0, decoder_depth=2)
+    p = nn.unbox(model.init(jax.random.key(0), x, ids, periodic=PER, compression=(1, 4)))["params"]
+    assert not any(k.startswith("res") for k in p["encoder"])
+    assert {k for k in p["decoder"] if k.startswith("res")} == {"res0_0", "res0_1", "res1_0", "res1_1"}
+    assert model.apply({"params": p}, x, ids, periodic=PER, compression=(2, 8)).shape == x.shape
+    with pytest.raises(ValueError, match=r"model\.tokeniser\.decoder_depth must be >= 0"):
+        Tokeniser(**SMALL, decoder_depth=-1).init(jax.random.key(0), x, ids, periodic=PER, compression=(1, 4))
+
+
+@pytest.mark.parametrize("arch", [dict(), dict(decoder_depth=1, res_kernel_t=1), dict(depth=1)])
+def test_decoder_context_is_the_exact_time_receptive_field(arch):
+    """The last decoded block depends on exactly the last ``decoder_context`` latents (stage 2 decodes only them)."""
+    model = Tokeniser(**SMALL, **arch)
+    z = _rand((1, 12, 4, 4, 4), seed=3)
+    ids = jnp.asarray([2, 5], jnp.int32)
+    v = nn.unbox(model.init(jax.random.key(1), z, ids, periodic=PER, compression=(1, 4), method="decode"))
+    for t in (1, 2):
+        k = model.decoder_context((t, 4))
+        assert 1 <= k < z.shape[1]
+        full = _decode(model, v, z, ids, (t, 4))[:, -t:]
+        np.testing.assert_allclose(np.asarray(_decode(model, v, z[:, -k:], ids, (t, 4))[:, -t:]), np.asarray(full),
+                                   atol=1e-5)
+        if k > 1:   # one latent fewer changes the block: the context is not over-estimated
+            short = _decode(model, v, z[:, -(k - 1):], ids, (t, 4))[:, -t:]
+            assert float(jnp.max(jnp.abs(short - full))) > 1e-4
+    assert Tokeniser(**SMALL).decoder_context((1, 4)) == 3                       # up1 + up0, time kernel 2
+    assert Tokeniser(**SMALL, depth=1).decoder_context((1, 4)) == 7              # + 2 blocks x 2 convs
+    assert Tokeniser(**SMALL, depth=1, res_kernel_t=1).decoder_context((2, 4)) == 2
+
+
 def test_split_and_ratio():
     assert [split_spatial_factor(s, 2) for s in (1, 2, 4, 8, 16, 32)] == [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4),
                                                                            (8, 4)]

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import tiny_config
 from tokpre import sharding as shd
 from tokpre.checkpoint import StageCheckpointer
-from tokpre.data import pipeline
+from tokpre.data import pipeline, well
 from tokpre.train import ae, loop
 from tokpre.train.state import make_train_step
 
@@ -86,16 +86,24 @@ def test_ae_stage_learns_and_reports_every_ratio(tiny_data, tmp_path):
     cfg = tiny_config(base, ae=100)
     cfg.stages = ("ae",)
     cfg.ae.compressions = ((1, 4), (2, 8))
+    cfg.ae.compression_weights = (2, 1)
     cfg.ae.eval_compressions = ((1, 4), (2, 8))
     cfg.ae.log_every = 25
     cfg.ae.ckpt_every = 50
+    cfg.ae.eval_every = 50
+    cfg.ae.eval_batches = 1
     cfg.ae.optimizer.update(name="adamw", lr=1e-2, warmup_steps=2)
     main.run(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "ae" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses[-1] < 0.85 * losses[0], losses
+    evals = [r for r in rows if "eval/vrmse_t1_s4" in r]   # valid-split progress checks at steps 50 and 100
+    assert [r["step"] for r in evals] == [50, 100] and all(np.isfinite(r["eval/vrmse_t2_s8"]) for r in evals)
     rep = json.loads((tmp_path / "ae" / "reconstruction.json").read_text())[name]
     assert set(rep) == {"1,4", "2,8"}
+    # The final table reads every full batch of the test split, whatever ae.eval_batches says.
+    n_test = well.WellSplit(base, name, "test").num_windows(int(cfg.ae.n_frames), 0, 1)
+    assert rep["1,4"]["batches"] == n_test // int(cfg.data.batch_size) > 1
     assert rep["1,4"]["ratio"] == pytest.approx(16 * 5 / 8)   # (4*4 pixels * 5 fields) / 8 latent channels
     assert set(rep["1,4"]["fields"]) == {"energy", "density", "pressure", "momentum_x", "momentum_y"}
     assert all(np.isfinite(r["mean"]) for r in rep.values())
@@ -112,3 +120,16 @@ def test_bad_compression_config_is_named(tiny_data):
     cfg.ae.n_frames = 3
     with pytest.raises(ValueError, match="ae.n_frames"):
         ae.compressions_of(cfg)
+
+
+def test_compression_weights(tiny_data):
+    base, _ = tiny_data
+    cfg = tiny_config(base)
+    comps = [(1, 4), (2, 8)]
+    np.testing.assert_allclose(ae.compression_probabilities(cfg, comps), [0.5, 0.5])
+    cfg.ae.compression_weights = (3, 1)
+    np.testing.assert_allclose(ae.compression_probabilities(cfg, comps), [0.75, 0.25])
+    for bad in ((1,), (1, -1), (0, 0)):
+        cfg.ae.compression_weights = bad
+        with pytest.raises(ValueError, match="ae.compression_weights"):
+            ae.compression_probabilities(cfg, comps)

@@ -15,7 +15,8 @@ num_workers=0, split="train", weights=None, read_threads=2, prefetch_batches=4) 
 log_fields=(), vocab=None, vocab_size=96, dt=None, drop_last=True, shard_index=None, shard_count=None)
 -> EvalBatches``
     Finite, deterministic (no shuffle, no augmentation, stride ``dt`` = 1 unless given) batches in Well window
-    order (file -> trajectory -> start). ``drop_last=True`` (The Well's loaders) drops the trailing windows that do
+    order (file -> trajectory -> start). ``max_batches`` below what the split fills reads windows evenly spaced
+    over the whole split (``spread_window_indices``), not its first windows. ``drop_last=True`` (The Well's loaders) drops the trailing windows that do
     not fill a batch; ``drop_last=False`` keeps a smaller last batch. Sharded per process like training (each
     process gets every ``shard_count``-th window starting at ``shard_index``); callers average metrics across
     processes. ``len()`` is the number of batches; iterate it any number of times.
@@ -605,10 +606,23 @@ def make_eval_batches(base_path: str, dataset_name: str, *, split: str, n_steps_
     dt = 1 if dt is None else int(dt)
     prep = _prepare(base_path, dataset_name, split, n_steps_input, n_steps_output, dt, dt, False, False,
                     tuple(log_fields), vocab, vocab_size, require_log_fields=True)
-    ds = grain.MapDataset.range(prep.n_windows)[shard_index::shard_count]
+    indices = spread_window_indices(prep.n_windows, max_batches, batch_size, shard_count)
+    ds = grain.MapDataset.source(indices)[shard_index::shard_count]
     n_windows = len(ds)
     ds = ds.map(prep.transform.eval_record).batch(batch_size, drop_remainder=drop_last, batch_fn=prep.collate)
     if max_batches is not None:
         ds = ds[: max(int(max_batches), 0)]
     return EvalBatches(ds, n_windows)
+
+
+def spread_window_indices(n_windows: int, max_batches: int | None, batch_size: int, shard_count: int) -> list[int]:
+    """Window indices an evaluation reads: all of them, or, when ``max_batches`` batches per process cannot hold
+    every window, ``max_batches * batch_size * shard_count`` windows evenly spaced over the split (in Well order),
+    so a capped evaluation samples every file and trajectory instead of the first trajectory's windows."""
+    if max_batches is None or max_batches < 0:
+        return list(range(n_windows))
+    want = int(max_batches) * int(batch_size) * int(shard_count)
+    if want <= 0 or want >= n_windows:
+        return list(range(n_windows))
+    return [int(i) for i in (np.arange(want, dtype=np.int64) * n_windows) // want]
 

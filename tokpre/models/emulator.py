@@ -9,10 +9,12 @@ One step, ``compression=(t, s)`` static:
     x_in (B, Ti, *N, C) --encode--> z (B, Ti/t, *n, L) --processor--> z_next (B, 1, *n, L)
     concat(z, z_next) (B, Ti/t + 1, *n, L) --decode--> (B, Ti + t, *N, C) --keep last t--> (B, t, *N, C)
 
-Why decode the whole latent sequence: the tokeniser decoder is causal in time with time kernels > 1 (and
-residual blocks), so the frames of latent block j depend on latents < j as well. Decoding z_next alone would
-left-pad it with zeros and reconstruct a different (wrong) frame block; decoding the sequence and keeping the last
-t frames gives exactly what the autoencoder would produce for the true latent sequence.
+Why decode latent context and not z_next alone: the tokeniser decoder is causal in time with time kernels > 1
+(and residual blocks), so the frames of latent block j depend on latents < j as well. Decoding z_next alone would
+left-pad it and reconstruct a different (wrong) frame block. ``decode_last`` decodes the last
+``Tokeniser.decoder_context(compression)`` latents of the sequence (its time receptive field; the whole sequence
+when shorter) and keeps the last t frames: exactly what the autoencoder produces for the whole latent sequence,
+without decoding frames that cannot influence the prediction.
 
 For stage two's 'frozen' mode the pieces are exposed separately: ``encode`` (cache latents once), ``process`` /
 ``predict_all`` (train the processor on latents), ``decode_last`` (decode a prediction for evaluation).
@@ -84,11 +86,12 @@ class Emulator(nn.Module):
                     compression: tuple[int, int]) -> jax.Array:
         """Frames of the last latent block: z_seq (B, T'+1, *n, L) -> (B, t, *(n * s), C).
 
-        ``z_seq`` is the latent context with the prediction appended; the whole sequence is decoded because the
-        causal decoder uses past latents (see the module docstring).
+        ``z_seq`` is the latent context with the prediction appended; its last ``decoder_context`` latents are
+        decoded because the causal decoder uses past latents (see the module docstring).
         """
         t = int(compression[0])
-        return self.decode(z_seq, field_ids, periodic=periodic, compression=compression)[:, -t:]
+        k = self.tokeniser.decoder_context(compression)
+        return self.decode(z_seq[:, -k:], field_ids, periodic=periodic, compression=compression)[:, -t:]
 
     def __call__(self, x_in: jax.Array, field_ids: jax.Array, *, periodic: Sequence[bool],
                  compression: tuple[int, int], deterministic: bool = True) -> jax.Array:

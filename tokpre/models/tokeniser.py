@@ -299,10 +299,15 @@ class Tokeniser(nn.Module):
       spatial_factors: allowed total spatial strides s (per axis).
       temporal_factors: allowed time strides t.
       n_spatial_dims: 2 or 3.
-      kernel_t: time kernel of every conv; must be >= max(temporal_factors).
+      kernel_t: time kernel of the strided and transposed convs; must be >= max(temporal_factors).
+      res_kernel_t: time kernel of the residual blocks' convs; None -> ``kernel_t``. 1 makes them spatial-only:
+        half their cost, and the decoder's time receptive field (``decoder_context``) stays short.
       kernel_s: spatial kernel per stage (int for all, or one per stage); None -> the largest stride that stage
         uses over ``spatial_factors`` (Walrus: kernel == max stride), at least 2. Must be >= that stride.
-      depth: residual blocks per stage (stride 1, spatial kernel 3).
+      depth: residual blocks per stage (stride 1, spatial kernel 3), in both encoder and decoder.
+      decoder_depth: residual blocks per decoder stage; None -> ``depth``. A deeper decoder than encoder
+        (``depth=0, decoder_depth=1``) buys most of the reconstruction gain of ``depth=1`` for about half its cost,
+        and costs stage two little (the decoder only sees the latent sequence).
       norm: "rms" or "layer" (over channels); activation: "silu", "gelu" or "relu".
     """
 
@@ -313,8 +318,10 @@ class Tokeniser(nn.Module):
     temporal_factors: Sequence[int] = (1, 2)
     n_spatial_dims: int = 2
     kernel_t: int = 2
+    res_kernel_t: int | None = None
     kernel_s: int | Sequence[int] | None = None
     depth: int = 0
+    decoder_depth: int | None = None
     norm: str = "rms"
     activation: str = "silu"
     lift_init_std: float = 0.5
@@ -356,6 +363,10 @@ class Tokeniser(nn.Module):
         if not self.temporal_factors or any(int(t) < 1 for t in self.temporal_factors):
             raise ValueError(f"tokeniser: model.tokeniser.temporal_factors must be positive ints, "
                              f"found {tuple(self.temporal_factors)}")
+        for key, v, lo in (("depth", self.depth, 0), ("decoder_depth", self.decoder_depth, 0),
+                           ("res_kernel_t", self.res_kernel_t, 1)):
+            if v is not None and int(v) < lo:
+                raise ValueError(f"tokeniser: model.tokeniser.{key} must be >= {lo}, found {v}")
         if self.kernel_t < max(self.temporal_factors):
             raise ValueError(f"tokeniser: model.tokeniser.kernel_t={self.kernel_t} must be >= max(temporal_factors)"
                              f"={max(self.temporal_factors)} (kernel >= stride)")
@@ -365,13 +376,34 @@ class Tokeniser(nn.Module):
         ks = self.stage_kernel_sizes()
         d = self.n_spatial_dims
         stage_kernels = tuple((self.kernel_t, *(k,) * d) for k in ks)
-        res_kernel = (self.kernel_t, *(3,) * d)
+        res_kernel = (self._res_kt(), *(3,) * d)
         common = dict(widths=tuple(self.widths), stage_kernels=stage_kernels, res_kernel=res_kernel,
-                      depth=self.depth, norm=self.norm, activation=self.activation, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
+                      norm=self.norm, activation=self.activation, dtype=self.dtype, param_dtype=self.param_dtype)
+        dec_depth = self._decoder_depth()
         self.encoder = Encoder(vocab_size=self.vocab_size, latent_channels=self.latent_channels,
-                               lift_init_std=self.lift_init_std, **common)
-        self.decoder = Decoder(vocab_size=self.vocab_size, **common)
+                               lift_init_std=self.lift_init_std, depth=self.depth, **common)
+        self.decoder = Decoder(vocab_size=self.vocab_size, depth=dec_depth, **common)
+
+    def _res_kt(self) -> int:
+        return int(self.kernel_t if self.res_kernel_t is None else self.res_kernel_t)
+
+    def _decoder_depth(self) -> int:
+        return int(self.depth if self.decoder_depth is None else self.decoder_depth)
+
+    def decoder_context(self, compression: tuple[int, int]) -> int:
+        """Latent frames that determine the last decoded block: ``decode(z)[:, -t:]`` equals
+        ``decode(z[:, -k:])[:, -t:]`` for ``k = decoder_context((t, s))`` and any longer ``z``.
+
+        Every decoder conv is causal in time and its left padding replicates the first frame, so padding only
+        reaches outputs within a receptive field of the sequence start. At latent rate each conv with time kernel
+        ``k`` looks ``k - 1`` frames back (residual blocks: two convs each; the transposed convs of stages >= 1);
+        the last transposed conv (time stride ``t``, kernel ``kernel_t``) looks ``(kernel_t - 1) // t`` more.
+        Static (a Python int): stage two decodes only this suffix of the latent sequence.
+        """
+        t = int(compression[0])
+        n = len(self.widths)
+        back = n * self._decoder_depth() * 2 * (self._res_kt() - 1) + (n - 1) * (self.kernel_t - 1)
+        return 1 + back + (self.kernel_t - 1) // t
 
     # -------------------------------------------------------------------------------------------- checks
     def _strides(self, compression) -> tuple[int, tuple[int, ...]]:

@@ -1,10 +1,13 @@
 """Stage 1: pretrain the tokeniser as an autoencoder.
 
 Each step reconstructs a window of ``ae.n_frames`` frames at a compression ``(t, s)`` sampled per step from
-``ae.compressions`` (default: every allowed pair), so one parameter set serves every ratio. Optional patch
+``ae.compressions`` (default: every allowed pair) with probabilities ``ae.compression_weights`` (default:
+uniform), so one parameter set serves every ratio. Optional patch
 jittering rolls each sample on its periodic axes by less than one total stride before encoding and rolls the
-reconstruction back. The stage ends with the reconstruction VRMSE (physical units, The Well's definition) on
-the test split for every allowed ratio, printed and written to ``<workdir>/ae/reconstruction.json``.
+reconstruction back. ``ae.eval_every > 0`` logs the reconstruction VRMSE on ``ae.eval_batches`` batches of the
+valid split during training. The stage ends with the reconstruction VRMSE (physical units, The Well's
+definition) over every window of the test split for every allowed ratio (or ``ae.eval_compressions``), printed
+and written to ``<workdir>/ae/reconstruction.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +87,17 @@ def compressions_of(cfg) -> list[tuple[int, int]]:
         raise ValueError(f"config key ae.n_frames={nf} must be a multiple of every temporal factor used, "
                          f"found {bad_t}")
     return chosen
+
+
+def compression_probabilities(cfg, comps: list[tuple[int, int]]) -> np.ndarray:
+    """Sampling probability of each entry of ``comps`` from ``ae.compression_weights`` (empty: uniform)."""
+    w = [float(v) for v in cfg.ae.get("compression_weights", ())]
+    if not w:
+        return np.full(len(comps), 1.0 / len(comps))
+    if len(w) != len(comps) or min(w) < 0 or sum(w) <= 0:
+        raise ValueError(f"config key ae.compression_weights: expected {len(comps)} non-negative weights (one per "
+                         f"compression {comps}) with a positive sum, found {tuple(w)}")
+    return np.asarray(w) / sum(w)
 
 
 def evaluate_reconstruction(model, params, cfg, mesh, dataset: str, *, split: str = "test",
@@ -169,6 +183,8 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
     stage_dir, report, ckpt, latest = opened
 
     comps = compressions_of(cfg)
+    probs = compression_probabilities(cfg, comps)
+    weighted = bool(cfg.ae.get("compression_weights", ()))
     model, tx, state, state_sh = build(cfg, mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     local_bs = common.local_batch_size(int(cfg.data.batch_size), mesh)
@@ -183,8 +199,9 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
     if latest is not None:
         state, _ = ckpt.restore(latest, state, state_sh, data_iter=it)
         common.say(f"[ae] resumed from step {latest}")
-    common.say(f"[ae] tokeniser with {n_params / 1e6:.2f}M parameters on {datasets}; compressions {comps}; "
-               f"{steps} steps, global batch {cfg.data.batch_size}")
+    mix = ", ".join(f"({t},{s_}): {p:.2f}" for (t, s_), p in zip(comps, probs))
+    common.say(f"[ae] tokeniser with {n_params / 1e6:.2f}M parameters on {datasets}; compression sampling "
+               f"{{{mix}}}; {steps} steps, global batch {cfg.data.batch_size}")
 
     def make_step(key):
         periodic, comp = key
@@ -196,7 +213,8 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
 
     def step_fn(st, batch):
         # The compression of step k is a pure function of (seed, k): a resumed run draws the same sequence.
-        comp = comps[np.random.default_rng([int(cfg.seed), step_fn.k]).integers(len(comps))]
+        rng = np.random.default_rng([int(cfg.seed), step_fn.k])
+        comp = comps[rng.choice(len(comps), p=probs) if weighted else rng.integers(len(comps))]
         periodic = common.periodic_of(batch["boundary"])
         if comp not in logged_ratios:
             logged_ratios.add(comp)
@@ -212,12 +230,25 @@ def run_stage(cfg, workdir: Path, mesh) -> None:
     def next_batch():
         return shd.global_batch(next(it), mesh)
 
+    eval_comps = [tuple(int(v) for v in c) for c in cfg.ae.eval_compressions] or None
+
+    def eval_fn(st):
+        # Progress check on the valid split (the test split is kept for the final table).
+        out = {}
+        for ds in datasets:
+            res = evaluate_reconstruction(model, st.params, cfg, mesh, ds, split="valid",
+                                          max_batches=int(cfg.ae.eval_batches), compressions=eval_comps)
+            tag = "" if len(datasets) == 1 else f"{ds}/"
+            out.update({f"{tag}vrmse_t{r['t']}_s{r['s']}": r["mean"] for r in res.values()})
+        return out
+
     state = loop.run(name=STAGE, stage_dir=stage_dir, step_fn=step_fn, state=state, next_batch=next_batch,
                      total_steps=steps, ckpt=ckpt, data_iter=it, meta=meta, log_every=int(cfg.ae.log_every),
-                     ckpt_every=int(cfg.ae.ckpt_every))
+                     ckpt_every=int(cfg.ae.ckpt_every), eval_every=int(cfg.ae.eval_every),
+                     eval_fn=eval_fn if int(cfg.ae.eval_every) else None)
 
-    eval_comps = [tuple(int(v) for v in c) for c in cfg.ae.eval_compressions] or None
-    results = {ds: evaluate_reconstruction(model, state.params, cfg, mesh, ds, max_batches=int(cfg.ae.eval_batches),
+    # The final table: every window of the test split ("mean over fields and test frames").
+    results = {ds: evaluate_reconstruction(model, state.params, cfg, mesh, ds, max_batches=0,
                                            compressions=eval_comps) for ds in datasets}
     common.say(format_table(results))
     if jax.process_index() == 0:

@@ -64,7 +64,9 @@ def tokeniser_from_config(cfg) -> Any:
     t = cfg.model.tokeniser
     return Tokeniser(vocab_size=int(t.vocab_size), widths=tuple(t.widths), latent_channels=int(t.latent_channels),
                      spatial_factors=tuple(t.spatial_factors), temporal_factors=tuple(t.temporal_factors),
-                     n_spatial_dims=int(t.n_spatial_dims), depth=int(t.get("depth", 0)))
+                     n_spatial_dims=int(t.n_spatial_dims), depth=int(t.get("depth", 0)),
+                     decoder_depth=None if t.get("decoder_depth") is None else int(t.decoder_depth),
+                     res_kernel_t=None if t.get("res_kernel_t") is None else int(t.res_kernel_t))
 
 
 def all_compressions(cfg) -> list[tuple[int, int]]:
