@@ -29,10 +29,13 @@ def get_config(arg: str = ""):
     if variant == "small":
         c.data.batch_size = 8
         c.data.log_fields = ("density", "pressure", "energy")
-        c.model.tokeniser.update(widths=(32, 64), latent_channels=32, depth=0)
+        c.model.tokeniser.update(widths=(32, 64), latent_channels=32, depth=0, decoder_depth=1, res_kernel_t=1)
         c.model.processor.update(d_model=64, num_layers=3, num_heads=4, mlp_ratio=2)
         c.ae.steps = 2500
+        # (1, 4) and (1, 8) (the ratios stage 2 and the reconstruction targets use) get 30% of the steps each.
+        c.ae.compression_weights = (3, 3, 1, 1, 1, 1)
         c.ae.log_every = 100
+        c.ae.eval_every = 500
         c.ae.ckpt_every = 1000
         c.ae.optimizer = optimizer_config("soap", 3e-3, c.ae.steps)
         c.dyn.steps = 250
