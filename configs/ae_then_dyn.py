@@ -38,7 +38,7 @@ def get_config(arg: str = ""):
         c.ae.eval_every = 500
         c.ae.ckpt_every = 1000
         c.ae.optimizer = optimizer_config("soap", 3e-3, c.ae.steps)
-        c.dyn.steps = 250
+        c.dyn.steps = 200
         c.dyn.optimizer = optimizer_config("adamw", 5e-4, c.dyn.steps)
         c.dyn.rollout_max_steps = 40
     elif variant == "paper":
