@@ -16,10 +16,11 @@ log_fields=(), vocab=None, vocab_size=96, dt=None, drop_last=True, shard_index=N
 -> EvalBatches``
     Finite, deterministic (no shuffle, no augmentation, stride ``dt`` = 1 unless given) batches in Well window
     order (file -> trajectory -> start). ``max_batches`` below what the split fills reads windows evenly spaced
-    over the whole split (``spread_window_indices``), not its first windows. ``drop_last=True`` (The Well's loaders) drops the trailing windows that do
-    not fill a batch; ``drop_last=False`` keeps a smaller last batch. Sharded per process like training (each
-    process gets every ``shard_count``-th window starting at ``shard_index``); callers average metrics across
-    processes. ``len()`` is the number of batches; iterate it any number of times.
+    over the whole split (``spread_window_indices``), not its first windows. ``drop_last=True`` (The Well's
+    loaders) drops the trailing windows that do not fill a batch; ``drop_last=False`` keeps a smaller last batch.
+    Sharded per process like training (each process gets every ``shard_count``-th window starting at
+    ``shard_index``); callers average metrics across processes. ``len()`` is the number of batches; iterate it any
+    number of times.
 ``get_normaliser(base_path, dataset_name, log_fields=()) -> Normaliser``
     Per-channel z-score from ``<base_path>/<dataset_name>/stats.yaml`` (train stats), std clipped at 1e-4 as The
     Well does. Channels in ``log_fields`` (config ``data.log_fields``; strictly positive fields such as density,

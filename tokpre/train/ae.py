@@ -1,13 +1,12 @@
 """Stage 1: pretrain the tokeniser as an autoencoder.
 
 Each step reconstructs a window of ``ae.n_frames`` frames at a compression ``(t, s)`` sampled per step from
-``ae.compressions`` (default: every allowed pair) with probabilities ``ae.compression_weights`` (default:
-uniform), so one parameter set serves every ratio. Optional patch
-jittering rolls each sample on its periodic axes by less than one total stride before encoding and rolls the
-reconstruction back. ``ae.eval_every > 0`` logs the reconstruction VRMSE on ``ae.eval_batches`` batches of the
-valid split during training. The stage ends with the reconstruction VRMSE (physical units, The Well's
-definition) over every window of the test split for every allowed ratio (or ``ae.eval_compressions``), printed
-and written to ``<workdir>/ae/reconstruction.json``.
+``ae.compressions`` (default: every allowed pair) with probabilities ``ae.compression_weights`` (default: uniform),
+so one parameter set serves every ratio. Optional patch jittering rolls each sample on its periodic axes by less
+than one total stride before encoding and rolls the reconstruction back. ``ae.eval_every > 0`` logs the
+reconstruction VRMSE on ``ae.eval_batches`` batches of the valid split during training. The stage ends with the
+reconstruction VRMSE (physical units, The Well's definition) over every window of the test split for every allowed
+ratio (or ``ae.eval_compressions``), printed and written to ``<workdir>/ae/reconstruction.json``.
 """
 
 from __future__ import annotations
